@@ -145,8 +145,9 @@ def run_bench(data_root: Path, backbone_name: str, max_size: int, limit: int | N
             feats = first.features(image)
             backbone_s = time.perf_counter() - t0
             gt = read_gt_mask(ds.masks_dir / f"{key}.png") if ds.kind == "saliency" else None
+            dets = {}
             for label, pipe in pipes.items():
-                det = pipe.detect(feats)
+                det = dets[label] = pipe.detect(feats)
                 t0 = time.perf_counter()
                 entries = det.to_coco(image_id=key)
                 encode = time.perf_counter() - t0
@@ -159,7 +160,7 @@ def run_bench(data_root: Path, backbone_name: str, max_size: int, limit: int | N
                     acc.add(union_mask(det, gt.shape), gt, item=str(path.name))
                 else:
                     sc.results[ds.name].extend(entries)
-            eigen_check(feats, pipes, eig)
+            eigen_check(feats, pipes, dets, eig)
     summary: dict = {"variants": {}, "datasets": [d.name for d in sets], "n_images": {d.name: len(d.items)
                                                                                       for d in sets},
                      "errors": errors, "backbone": backbone.version, "layer": first.layer,
@@ -183,12 +184,16 @@ def run_bench(data_root: Path, backbone_name: str, max_size: int, limit: int | N
     return summary
 
 
-def eigen_check(feats, pipes: dict[str, Pipeline], eig: dict) -> None:
-    """Time the fast and the dense eigen-solve on this image's TokenCut graph and compare the results."""
-    tc = next((p for p in pipes.values() if p.method.name == "tokencut"), None)
-    if tc is None or feats.geometry.num_patches < 24:
+def eigen_check(feats, pipes: dict[str, Pipeline], dets: dict, eig: dict) -> None:
+    """Time the fast and the dense eigen-solve on this image's TokenCut graph; compare the two TokenCut rows."""
+    fast_label = next((k for k, p in pipes.items() if p.method.name == "tokencut"
+                       and p.method.params().get("solver") == "fast" and p.refiner.mode == "none"), None)
+    dense_label = next((k for k, p in pipes.items() if p.method.name == "tokencut"
+                        and p.method.params().get("solver") == "dense"), None)
+    if fast_label is None or dense_label is None or feats.geometry.num_patches < 24:
         return
-    affinity = binary_graph(cosine_affinity(tc.method.select_features(feats)), tc.method.tau, tc.method.eps)
+    method = pipes[fast_label].method
+    affinity = binary_graph(cosine_affinity(method.select_features(feats)), method.tau, method.eps)
     t0 = time.perf_counter()
     fast = fiedler_vector(affinity)
     t1 = time.perf_counter()
@@ -198,9 +203,8 @@ def eigen_check(feats, pipes: dict[str, Pipeline], eig: dict) -> None:
     eig["dense"].append(t2 - t1)
     pf, pd = fast > fast.mean(), dense > dense.mean()
     eig["same_partition"].append(bool((pf == pd).all() or (pf != pd).all()))
-    fast_reg = create_method("tokencut", solver="fast", tau=tc.method.tau).discover(feats)
-    dense_reg = create_method("tokencut", solver="dense", tau=tc.method.tau).discover(feats)
-    eig["same_mask"].append(bool(np.array_equal(fast_reg[0].mask, dense_reg[0].mask)))
+    a, b = dets[fast_label], dets[dense_label]
+    eig["same_mask"].append(bool(len(a) == len(b) and np.array_equal(a.masks, b.masks)))
 
 
 def run_sweep(data_root: Path, backbone_name: str, max_size: int, limit: int | None, layers: list[int],

@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "autolabel.bench:bench_command",
     "serve": "backend.serve:serve_command",
     "prelabel": "autolabel.prelabel:prelabel_command",
+    "bench-backend": "backend.bench_backend:bench_backend_command",
 }
 
 

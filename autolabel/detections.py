@@ -91,6 +91,21 @@ class Detections:
             meta=dict(self.meta),
         )
 
+    def resized(self, height: int, width: int) -> "Detections":
+        """The same objects in a (height, width) frame: boxes scaled, masks resized (nearest)."""
+        if (height, width) == tuple(self.image_size):
+            return self
+        import cv2
+
+        sx, sy = width / self.width, height / self.height
+        masks = None
+        if self.masks is not None:
+            masks = np.zeros((len(self), height, width), dtype=bool)
+            for i, m in enumerate(self.masks):
+                masks[i] = cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        return Detections(self.xyxy * np.array([sx, sy, sx, sy], np.float32), self.scores, (height, width),
+                          masks=masks, descriptors=self.descriptors, labels=self.labels, meta=dict(self.meta))
+
     # ------------------------------------------------------------------ COCO
     def to_coco(self, image_id: int | str | None = None, file_name: str | None = None,
                 category_id: int = 1) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autolabel.images import ImageLoadError, iter_image_paths, load_image
+from autolabel.images import ImageLoadError, decode_image, iter_image_paths
 from autolabel.overlays import save_overlay
 from autolabel.pipeline import Pipeline
 
@@ -76,8 +76,8 @@ def discover_paths(paths: list[str | Path], pipeline: Pipeline, coco: str | Path
     for path in bar:
         name = display_name(path, roots)
         try:
-            image = load_image(path, name=name)
-            det = pipeline.run_array(image)
+            image, orig_size = decode_image(path, name=name)
+            det = pipeline.run_array(image, orig_size)
         except ImageLoadError as exc:
             report.errors.append({"file_name": name, "error": exc.reason})
             tqdm.write(f"skipped {exc.item}: {exc.reason}")

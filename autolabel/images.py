@@ -64,6 +64,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: EXIF Orientation value → the transpose that shows the image upright.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """``ImageOps.exif_transpose``; when a damaged EXIF block makes it fail, the Orientation tag alone is used."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # Pillow re-serialises the whole EXIF block and trips over bad tags
+        try:
+            orientation = img.getexif().get(0x0112)
+        except Exception:
+            return img
+        method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+        return img.transpose(method) if method is not None else img
+
+
 def _array_to_uint8(arr: np.ndarray, item: str) -> np.ndarray:
     """uint8 as is; bool → 0/255; floats in [0, 1] → ×255; other values must already lie in 0..255."""
     if arr.dtype == np.uint8:
@@ -83,10 +104,17 @@ def _array_to_uint8(arr: np.ndarray, item: str) -> np.ndarray:
 
 
 def load_image(source: ImageSource, name: str | None = None, max_side: int | None = MAX_DECODE_SIDE) -> np.ndarray:
-    """Decode ``source`` to an (H, W, 3) uint8 RGB array with EXIF orientation applied.
+    """Decode ``source`` to an (H, W, 3) uint8 RGB array with EXIF orientation applied (see :func:`decode_image`)."""
+    return decode_image(source, name, max_side)[0]
 
-    Images larger than ``max_side`` on their long side are downscaled (aspect kept); the returned array is
-    then what every later stage calls "the original image". Raises :class:`ImageLoadError` on any failure.
+
+def decode_image(source: ImageSource, name: str | None = None, max_side: int | None = MAX_DECODE_SIDE
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``source`` to an (H, W, 3) uint8 RGB array and the upright image's full (height, width).
+
+    Images larger than ``max_side`` on their long side are decoded downscaled (aspect kept) to bound memory;
+    the full size is returned so results can still be given in the original image's pixels.
+    Raises :class:`ImageLoadError` naming the item and the reason on any failure.
     """
     item = _name_of(source, name)
     opened: BinaryIO | None = None  # a file this function opened, closed on every path
@@ -96,7 +124,8 @@ def load_image(source: ImageSource, name: str | None = None, max_side: int | Non
             arr = np.stack([arr] * 3, axis=-1)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.size == 0:
             raise ImageLoadError(item, f"array of shape {arr.shape} is not an image")
-        return np.ascontiguousarray(_array_to_uint8(arr[:, :, :3], item))
+        out = np.ascontiguousarray(_array_to_uint8(arr[:, :, :3], item))
+        return out, out.shape[:2]
     try:
         if isinstance(source, Image.Image):
             img = source
@@ -123,13 +152,19 @@ def load_image(source: ImageSource, name: str | None = None, max_side: int | Non
                 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
                 try:
                     img = Image.open(fp)
+                    full_size = img.size
                     if max_side is not None and max(img.size) > 2 * max_side and img.format == "JPEG":
                         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: far cheaper for huge photos.
                         img.draft("RGB", (max_side, max_side))
                     img.load()
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved_limit
-        img = ImageOps.exif_transpose(img) or img
+        if isinstance(source, Image.Image):
+            full_size = img.size
+        decoded_size = img.size
+        img = _apply_exif_orientation(img)
+        if img.size != decoded_size:  # Orientation 5-8 swap the axes
+            full_size = (full_size[1], full_size[0])
         img = to_rgb(img)
         if img.width < 1 or img.height < 1:
             raise ImageLoadError(item, f"image has no pixels ({img.width}x{img.height})")
@@ -137,7 +172,7 @@ def load_image(source: ImageSource, name: str | None = None, max_side: int | Non
             scale = max_side / max(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                              Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).copy()
+        return np.asarray(img, dtype=np.uint8).copy(), (int(full_size[1]), int(full_size[0]))
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -147,6 +182,8 @@ def load_image(source: ImageSource, name: str | None = None, max_side: int | Non
     except OSError as exc:
         raise ImageLoadError(item, f"corrupt or truncated image ({exc})") from None
     except (ValueError, SyntaxError, MemoryError) as exc:
+        raise ImageLoadError(item, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # decoders fed hostile bytes raise all sorts (struct.error, TypeError, ...)
         raise ImageLoadError(item, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     finally:
         if opened is not None:

@@ -15,7 +15,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Callable
+
+from sqlalchemy import select
 
 from autolabel.store import Store
 from autolabel.store import repository as repo
@@ -78,16 +81,18 @@ class JobRunner:
         handlers: job kind → ``handler(job_id, stop_event)``.
         poll_s: seconds between looks for new jobs when idle.
         stale_after_s: heartbeat age after which another worker's running job is taken over.
+        recover_every_s: how often to look for jobs of dead workers (also once at start).
     """
 
     def __init__(self, store: Store, handlers: dict[str, Handler], poll_s: float = 2.0,
-                 stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
+                 stale_after_s: float = DEFAULT_STALE_AFTER_S, recover_every_s: float = 30.0) -> None:
         if not handlers:
             raise ValueError("a job runner needs at least one handler")
         self.store = store
         self.handlers = dict(handlers)
         self.poll_s = poll_s
         self.stale_after_s = stale_after_s
+        self.recover_every_s = recover_every_s
         self.stop_event = threading.Event()
         self.current_job: int | None = None
         self._thread: threading.Thread | None = None
@@ -109,9 +114,17 @@ class JobRunner:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _queued_kinds(self) -> list[str]:
+        """Kinds with a queued job (a read, so idle runners never take SQLite's write lock)."""
+        with self.store.read() as s:
+            found = s.scalars(select(Job.kind).where(Job.kind.in_(list(self.handlers)), Job.status == "queued")
+                              .distinct())
+            return [k for k in self.handlers if k in set(found)]
+
     def run_once(self) -> int | None:
         """Claim and run one queued job; its id, or None when nothing was queued."""
-        for kind, handler in self.handlers.items():
+        for kind in self._queued_kinds():
+            handler = self.handlers[kind]
             with self.store.write() as s:
                 job: Job | None = repo.claim_next_job(s, kind)
                 job_id = job.id if job is not None else None
@@ -134,9 +147,12 @@ class JobRunner:
 
     def _loop(self) -> None:
         kinds = list(self.handlers)
+        last_recovery = float("-inf")
         while not self.stop_event.is_set():
             try:
-                recover_orphaned_jobs(self.store, kinds, self.stale_after_s)
+                if time.monotonic() - last_recovery >= self.recover_every_s:
+                    recover_orphaned_jobs(self.store, kinds, self.stale_after_s)
+                    last_recovery = time.monotonic()
                 if self.run_once() is not None:
                     continue
             except Exception:  # noqa: BLE001 - e.g. the database is briefly unavailable

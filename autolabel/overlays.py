@@ -14,7 +14,11 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
 
 
 def draw_overlay(image: np.ndarray, det: Detections, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 image with each object's mask tinted, its contour and box drawn and its score written."""
+    """RGB uint8 image with each object's mask tinted, its contour and box drawn and its score written.
+
+    Detections in another frame (e.g. full size of an image decoded downscaled) are resized to the image.
+    """
+    det = det.resized(*image.shape[:2])
     out = image.astype(np.float32).copy()
     for i in range(len(det)):
         color = PALETTE[i % len(PALETTE)]

@@ -21,7 +21,7 @@ from autolabel.backbones.vit import ViTBackbone
 from autolabel.detections import Detections
 from autolabel.discovery import DiscoveryMethod, PatchRegion, create_method
 from autolabel.features import PatchFeatures
-from autolabel.images import ImageSource, load_image
+from autolabel.images import ImageSource, decode_image
 from autolabel.refine import Refiner
 
 log = logging.getLogger("autolabel")
@@ -90,8 +90,8 @@ class Pipeline:
         return f"autolabel-{self.method.name}-{self.backbone.name}-{digest}"
 
     # ----------------------------------------------------------------------------------------------- stages
-    def features(self, image: np.ndarray) -> PatchFeatures:
-        feats = self.backbone.extract(image, layer=self.layer, max_size=self.max_size)
+    def features(self, image: np.ndarray, orig_size: tuple[int, int] | None = None) -> PatchFeatures:
+        feats = self.backbone.extract(image, layer=self.layer, max_size=self.max_size, orig_size=orig_size)
         feats.extra["feature"] = self.feature
         return feats
 
@@ -136,10 +136,14 @@ class Pipeline:
         det.meta["model_version"] = self.model_version
         return det
 
-    def run_array(self, image: np.ndarray) -> Detections:
-        """Detections for a decoded RGB uint8 image, with backbone/discovery/refine timings."""
+    def run_array(self, image: np.ndarray, orig_size: tuple[int, int] | None = None) -> Detections:
+        """Detections for a decoded RGB uint8 image, with backbone/discovery/refine timings.
+
+        ``orig_size`` (height, width): the full image size when ``image`` was decoded downscaled; results are
+        given in those pixels.
+        """
         t0 = time.perf_counter()
-        feats = self.features(image)
+        feats = self.features(image, orig_size)
         backbone = time.perf_counter() - t0
         det = self.detect(feats)
         det.meta["timings"] = {"backbone": backbone, **det.meta["timings"]}
@@ -151,8 +155,8 @@ class Pipeline:
         Raises :class:`autolabel.images.ImageLoadError` naming the item when it cannot be decoded.
         """
         t0 = time.perf_counter()
-        image = load_image(source, name=name)
+        image, orig_size = decode_image(source, name=name)
         decode = time.perf_counter() - t0
-        det = self.run_array(image)
+        det = self.run_array(image, orig_size)
         det.meta["timings"] = {"decode": decode, **det.meta["timings"]}
         return det

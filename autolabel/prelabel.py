@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import timezone
 from typing import Any, Callable
 
 import click
@@ -141,6 +142,15 @@ def run_prelabel_job(job_id: int, *, store: Store | None = None, predictor: Any 
             raise PrelabelError(f"job {job_id} is a {job.kind!r} job, not {JOB_KIND!r}")
         raw_params = job.params
         result: dict[str, Any] = dict(job.result or {})
+        owner = job.worker if job.status == "running" else None
+        beat = job.heartbeat_at or job.started_at or job.created_at
+    if owner and owner != repo.worker_name():
+        from autolabel.jobrunner import DEFAULT_STALE_AFTER_S, worker_is_dead
+
+        age = (repo.utcnow() - (beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc))).total_seconds()
+        if not worker_is_dead(owner) and age < DEFAULT_STALE_AFTER_S:
+            raise PrelabelError(f"job {job_id} is being run by worker {owner} (heartbeat {age:.0f} s ago); "
+                                "not running it twice")
     try:
         params = PrelabelParams.from_dict(raw_params)
     except (PrelabelError, TypeError, ValueError) as exc:
@@ -216,7 +226,7 @@ def _run(job_id: int, params: PrelabelParams, store: Store, predictor: Any, ls: 
                 raise JobStopped()
             batch = todo[start:start + params.batch]
             preds = predictor.predict_tasks(batch, config, ls_project, access)
-            for task, pred in zip(batch, preds):
+            for task, pred in zip(batch, preds, strict=True):
                 state = _push(ls, task, pred, version, counts)
                 if on_task is not None:
                     on_task(int(task["id"]), state)

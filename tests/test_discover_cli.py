@@ -160,9 +160,9 @@ def test_cli_discover_mixed_folder(cli_backbone, mixed_folder, tmp_path: Path) -
     for name in good_files():
         assert overlay_path(overlays, name).is_file(), name
     for name in list(bad_files()) + ["scan.pdf"]:
-        assert f"skipped {name}:" in result.stderr
-    assert f"{len(good_files())} images" in result.stderr
-    assert "model version: autolabel-tokencut-imgfocus-vits14-" in result.stderr
+        assert f"skipped {name}:" in result.output
+    assert f"{len(good_files())} images" in result.output
+    assert "model version: autolabel-tokencut-imgfocus-vits14-" in result.output
 
 
 def test_cli_maskcut_method(cli_backbone, tmp_path: Path) -> None:

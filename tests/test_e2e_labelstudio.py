@@ -130,11 +130,11 @@ def test_full_config_predictions_webhooks_and_train(ls_client: LabelStudio, back
             det = detections_from_json(cached.regions)
         assert len(det) == len(by_kind["paint"])
         height, width = det.image_size
-        for region, mask in zip(by_kind["paint"], det.masks):
+        for region, mask in zip(by_kind["paint"], det.masks, strict=True):
             assert (region["original_height"], region["original_width"]) == (height, width)
             decoded = ls_rle_to_mask(region["value"]["rle"], height, width)
             assert np.array_equal(decoded, mask)
-        for region, box in zip(by_kind["box"], det.xyxy):
+        for region, box in zip(by_kind["box"], det.xyxy, strict=True):
             v = region["value"]
             assert v["x"] * width / 100 == pytest.approx(box[0], abs=1e-3)
             assert (v["x"] + v["width"]) * width / 100 == pytest.approx(box[2], abs=1e-3)
@@ -165,16 +165,18 @@ def test_full_config_predictions_webhooks_and_train(ls_client: LabelStudio, back
     wait_for(lambda: stored("deleted"), what="ANNOTATION_DELETED in the store")
     with store.read() as s:
         actions = [e.action for e in repo.get_annotation(s, ann["id"]).events]
-    assert actions == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"]
+    # Label Studio 1.23.2 reports deletions as ANNOTATIONS_DELETED {"annotations": [{"id": ...}]}
+    assert actions[:2] == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"] and len(actions) == 3
+    assert actions[2] in ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 
     # "train" in Label Studio sends START_TRAINING, which the backend records as a job
     with store.read() as s:
         before = {j.id for j in repo.list_jobs(s, kind="train")}
     ls_client.train_ml_backend(ml["id"])
     with store.read() as s:
-        new = [j for j in repo.list_jobs(s, kind="train") if j.id not in before]
-    assert len(new) == 1 and new[0].status == "queued"
-    assert str(new[0].params["ls_project"]).split(".")[0] == str(pid)
+        new = [repo.job_to_dict(j) for j in repo.list_jobs(s, kind="train") if j.id not in before]
+    assert len(new) == 1 and new[0]["status"] == "queued"
+    assert str(new[0]["params"]["ls_project"]).split(".")[0] == str(pid)
 
 
 @pytest.mark.xfail(strict=True, reason="Label Studio 1.23.2 registers <backend>/webhook without the basic-auth "
@@ -187,8 +189,14 @@ def test_webhook_from_ui_connection_passes_basic_auth(ls_client: LabelStudio, ba
     project = ls_client.create_project("autolabel e2e ui webhook", RECT_ONLY_CONFIG)
     pid = project["id"]
     ls_client.import_tasks(pid, [{"picture": "/data/upload/none/1.jpg"}])
-    ml = ls_client.add_ml_backend(pid, backend.url, basic_auth=backend.auth, webhook_auth=False)
-    ls_client.get_ml_backend(ml["id"])  # LS re-runs /setup here, after it registered the webhook
+    ls_client.add_ml_backend(pid, backend.url, basic_auth=backend.auth, webhook_auth=False)
+    hook_url = f"{backend.url}/webhook"
+
+    def hook_has_credentials() -> bool:
+        hooks = [h for h in ls_client.list_webhooks(pid) if h["url"] == hook_url]
+        return bool(hooks) and all("Authorization" in (h.get("headers") or {}) for h in hooks)
+
+    wait_for(hook_has_credentials, timeout=20, what="the backend to add its credentials to LS's webhook")
     ann = ls_client.create_annotation(ls_client.task_ids(pid)[0], [])
 
     def arrived() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from autolabel.images import ImageLoadError, iter_image_paths, load_image
 from autolabel.masks import mask_iou
@@ -184,6 +184,23 @@ def test_boxes_are_in_the_rotated_frame(tiny_pipe: Pipeline, orientation: int, t
     assert mask_iou(det.masks[0], truth_rot) > 0.6
 
 
+def test_damaged_exif_keeps_the_image_and_its_orientation() -> None:
+    stored = synthetic_object_image(60, 90, box=(5, 10, 40, 50))
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[ORIENTATION_TAG] = 6
+    exif[0x010F] = "Camera"  # Make, an ASCII tag ...
+    data = encode(img, "JPEG", quality=95, exif=exif.tobytes())
+    make_entry = b"\x01\x0f\x00\x02"  # big-endian IFD entry: tag 0x010F, type ASCII
+    assert data.count(make_entry) == 1
+    damaged = data.replace(make_entry, b"\x01\x1e\x00\x02")  # ... now claims to be XPosition (a rational)
+    with pytest.raises(Exception):
+        ImageOps.exif_transpose(Image.open(io.BytesIO(damaged)))  # what Pillow alone does with it
+    out = load_image(damaged, name="damaged-exif.jpg")
+    assert out.shape == (90, 60, 3)
+    np.testing.assert_array_equal(out, load_image(data))
+
+
 # ----------------------------------------------------------------------------------------- tiny and huge
 def test_one_pixel_image_decodes_and_runs(tiny_pipe: Pipeline) -> None:
     data = encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG")
@@ -231,10 +248,20 @@ def test_huge_image_runs_through_the_pipeline(huge_jpeg: Path, tiny_pipe: Pipeli
     t0 = time.perf_counter()
     det = tiny_pipe(huge_jpeg)
     assert time.perf_counter() - t0 < 30
-    assert det.image_size == (3072, 4096)
+    # decoded downscaled to 4096x3072, but results are in the original file's pixels
+    assert det.image_size == (9000, 12000)
     assert len(det) >= 1
-    assert (det.xyxy[:, [0, 2]] <= 4096).all() and (det.xyxy[:, [1, 3]] <= 3072).all()
+    assert det.masks is not None and det.masks.shape[1:] == (9000, 12000)
+    assert (det.xyxy[:, [0, 2]] <= 12000).all() and (det.xyxy[:, [1, 3]] <= 9000).all()
     assert (det.xyxy >= 0).all()
+
+
+def test_decode_image_reports_the_full_upright_size(huge_jpeg: Path) -> None:
+    from autolabel.images import decode_image
+
+    arr, full = decode_image(huge_jpeg)
+    assert arr.shape == (3072, 4096, 3)
+    assert full == (9000, 12000)
 
 
 def test_decompression_bomb_is_refused_without_decoding() -> None:

@@ -68,7 +68,7 @@ def client_loop(backend: BackendProcess, tasks: list[dict], ids: itertools.count
                     if resp.status_code == 200:
                         results = resp.json()["results"]
                         with tally.lock:
-                            for task, res in zip(batch, results):
+                            for task, res in zip(batch, results, strict=True):
                                 regions = [{k: v for k, v in r.items() if k != "id"} for r in res["result"]]
                                 tally.predict_results[task["id"]].add(repr(regions))
                 else:
@@ -149,7 +149,8 @@ def test_concurrent_predict_and_webhooks(tmp_path) -> None:
         for ann_pk, action in con.execute("SELECT annotation_id, action FROM annotation_events ORDER BY id"):
             stored[ann_pk].append(action)
         for ann_id, actions in tally.events.items():
-            assert stored[rows[ann_id]] == actions, f"annotation {ann_id}: sent {actions}, stored {stored[rows[ann_id]]}"
+            got = stored[rows[ann_id]]
+            assert got == actions, f"annotation {ann_id}: sent {actions}, stored {got}"
         states = dict(con.execute("SELECT ls_annotation_id, state FROM annotations").fetchall())
         assert all(states[a] == ("updated" if len(acts) == 2 else "created") for a, acts in tally.events.items())
         assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == N_IMAGES

