@@ -57,12 +57,15 @@ DEFAULT_VARIANTS = (
     Variant("tokencut (dense eigh reference)", "tokencut", (("solver", "dense"),), box_from="patches"),
     Variant("tokencut", "tokencut", box_from="patches"),
     Variant("tokencut + guided", "tokencut", refine="guided"),
+    Variant("tokencut τ=0.4 + guided", "tokencut", (("tau", 0.4),), refine="guided"),
     Variant("found", "found", box_from="patches"),
     Variant("found + guided", "found", refine="guided"),
     Variant("spectral", "spectral", box_from="patches"),
     Variant("spectral + guided", "spectral", refine="guided"),
     Variant("maskcut N=3", "maskcut", (("n_objects", 3),), box_from="patches"),
     Variant("maskcut N=3 + guided", "maskcut", (("n_objects", 3),), refine="guided"),
+    Variant("rankcut", "rankcut", box_from="patches"),
+    Variant("rankcut + guided", "rankcut", refine="guided"),
 )
 
 

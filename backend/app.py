@@ -4,6 +4,9 @@
 pipeline is built once per process in a background thread started at app startup. ``app_from_env()`` builds
 the app of a uvicorn worker from the environment (AUTOLABEL_METHOD, AUTOLABEL_BACKBONE,
 AUTOLABEL_PIPELINE_FACTORY, AUTOLABEL_DB_URL, BASIC_AUTH_USER/PASS, LABEL_STUDIO_URL, ...).
+
+While the app runs, a job runner thread runs queued ``prelabel`` jobs (``autolabel prelabel --queue``) and
+resumes jobs whose worker died (AUTOLABEL_RUN_JOBS=0 turns it off).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import logging
 import os
 from typing import Any, AsyncIterator, Callable
 
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from autolabel.jobrunner import prelabel_runner
 from autolabel.store import Store
 from autolabel.store import repository as repo
 from backend import handlers
@@ -27,6 +32,7 @@ from backend.fetch import ImageFetcher
 from backend.model import ModelHolder, PipelineLike
 from backend.predictor import MODEL_WAIT_S, Predictor
 from backend.state import MODEL_CLASS, BackendState
+from backend.webhook_auth import WebhookAuthFixer
 
 log = logging.getLogger("autolabel.backend")
 
@@ -34,6 +40,9 @@ METHOD_ENV = "AUTOLABEL_METHOD"
 BACKBONE_ENV = "AUTOLABEL_BACKBONE"
 SKIP_MIGRATE_ENV = "AUTOLABEL_SKIP_MIGRATE"
 FACTORY_ENV = "AUTOLABEL_PIPELINE_FACTORY"
+RUN_JOBS_ENV = "AUTOLABEL_RUN_JOBS"
+#: At shutdown, wait this long for a running job to reach its next batch boundary and put itself back in the queue.
+RUNNER_STOP_TIMEOUT_S = 10.0
 
 ROUTES = [
     Route("/", handlers.health, methods=["GET"]),
@@ -76,7 +85,8 @@ def create_app(pipeline_factory: Callable[[], PipelineLike] | None = None, db_ur
                store: Store | None = None, fetcher: ImageFetcher | None = None,
                basic_auth: tuple[str, str] | None | bool = True, load_on_startup: bool = True,
                migrate: bool = True, method: str | None = None, backbone: str | None = None,
-               model_class: str = MODEL_CLASS, model_wait_s: float = MODEL_WAIT_S) -> Starlette:
+               model_class: str = MODEL_CLASS, model_wait_s: float = MODEL_WAIT_S,
+               run_jobs: bool | None = None) -> Starlette:
     """The backend ASGI app.
 
     Args:
@@ -89,6 +99,8 @@ def create_app(pipeline_factory: Callable[[], PipelineLike] | None = None, db_ur
         migrate: bring the database schema up to date first.
         method, backbone: configured names, recorded with projects and used by the default factory.
         model_wait_s: how long /predict waits for a loading model before answering 503.
+        run_jobs: run queued prelabel jobs in a background thread while the app runs (this also resumes a job
+            whose backend was killed); None (default) reads AUTOLABEL_RUN_JOBS (on unless "0").
     """
     store = store or Store(db_url, migrate=migrate)
     fetcher = fetcher or ImageFetcher()
@@ -98,14 +110,27 @@ def create_app(pipeline_factory: Callable[[], PipelineLike] | None = None, db_ur
                          predictor=Predictor(store, model, fetcher, model_wait_s=model_wait_s),
                          model_class=model_class, settings={"method": method, "backbone": backbone})
 
+    credentials = basic_auth_from_env() if basic_auth is True else (basic_auth or None)
+    if credentials:
+        state.webhook_auth = WebhookAuthFixer(*credentials)
+    if run_jobs is None:
+        run_jobs = os.environ.get(RUN_JOBS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if load_on_startup:
             model.start_loading()
-        yield
-        fetcher.close()
+        runner = prelabel_runner(store, state.predictor).start() if run_jobs else None
+        app.state.job_runner = runner
+        try:
+            yield
+        finally:
+            if state.webhook_auth is not None:
+                state.webhook_auth.stop()
+            if runner is not None:  # a running job stops between batches and is left queued
+                await to_thread.run_sync(runner.stop, RUNNER_STOP_TIMEOUT_S)
+            fetcher.close()
 
-    credentials = basic_auth_from_env() if basic_auth is True else (basic_auth or None)
     middleware = [Middleware(BasicAuthMiddleware, user=credentials[0], password=credentials[1])] if credentials else []
     exception_handlers: dict[Any, Any] = {ClientError: client_error_handler, HTTPException: http_error_handler,
                                           Exception: internal_error_handler}

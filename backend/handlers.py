@@ -27,6 +27,9 @@ log = logging.getLogger("autolabel.backend")
 #: /setup must answer within 3 s (Label Studio's timeout); wait at most this long for a loading model.
 SETUP_MODEL_WAIT_S = 2.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Label Studio's bulk annotation events → (the per-annotation action stored for each item, the items' key).
+BULK_ANNOTATION_ACTIONS = {"ANNOTATIONS_DELETED": ("ANNOTATION_DELETED", "annotations"),
+                           "ANNOTATIONS_CREATED": ("ANNOTATION_CREATED", "annotation")}
 
 
 def state_of(request: Request) -> BackendState:
@@ -106,7 +109,7 @@ async def setup(request: Request) -> JSONResponse:
     hostname = body.get("hostname") if isinstance(body.get("hostname"), str) else None
     token = body.get("access_token") if isinstance(body.get("access_token"), str) else None
 
-    def work() -> str:
+    def work() -> tuple[str, LabelStudioAccess]:
         with st.store.write() as s:
             if schema is None:
                 project = repo.get_project(s, ls_project)
@@ -115,13 +118,31 @@ async def setup(request: Request) -> JSONResponse:
                 _config(project.label_config, "stored label config")
             else:
                 _config(schema, "field 'schema'")
-            repo.upsert_project(s, ls_project, label_config=schema, hostname=hostname or None,
-                                access_token=token or None, method=st.settings.get("method"),
-                                backbone=st.settings.get("backbone"))
-        return _current_version(st)
+            row = repo.upsert_project(s, ls_project, label_config=schema, hostname=hostname or None,
+                                      access_token=token or None, method=st.settings.get("method"),
+                                      backbone=st.settings.get("backbone"))
+            access = LabelStudioAccess.from_env(hostname=row.hostname, access_token=row.access_token)
+        return _current_version(st), access
 
-    version = await to_thread.run_sync(work)
+    version, access = await to_thread.run_sync(work)
+    _fix_webhook_auth(request, st, ls_project, access)
     return JSONResponse({"model_version": version})
+
+
+def _fix_webhook_auth(request: Request, st: BackendState, ls_project: str, access: LabelStudioAccess) -> None:
+    """With basic auth on, have Label Studio's webhook for this project send the credentials (in background)."""
+    project_id = repo.parse_ls_project(ls_project)
+    if st.webhook_auth is None or project_id is None or not access.url or not access.token:
+        return
+    hosts = [request.headers.get("host", "")]
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded:
+        hosts.append(forwarded.split(",")[0].strip())
+    path = request.scope.get("root_path", "").rstrip("/") + "/webhook"
+    try:
+        st.webhook_auth.schedule(access.url, access.token, project_id, [h for h in hosts if h], path)
+    except RuntimeError as exc:  # e.g. no thread can be started at shutdown
+        log.warning("cannot check Label Studio's webhook of project %s: %s", ls_project, exc)
 
 
 async def predict(request: Request) -> JSONResponse:
@@ -191,10 +212,50 @@ async def webhook(request: Request) -> JSONResponse:
 
         event_id = await to_thread.run_sync(record)
         return JSONResponse({"status": "ok", "event_id": event_id}, status_code=201)
+    if action in BULK_ANNOTATION_ACTIONS:
+        return await _record_bulk(st, action, body, ls_project)
     if action == "START_TRAINING":
         job = await to_thread.run_sync(jobs.record_training_job, st.store, ls_project, body)
         return JSONResponse({"status": "ok", "job_id": job["id"]}, status_code=201)
     return JSONResponse({"status": "Unknown event"}, status_code=200)
+
+
+async def _record_bulk(st: BackendState, action: str, body: dict[str, Any], ls_project: Any) -> JSONResponse:
+    """ANNOTATIONS_DELETED ``{"annotations": [{"id": N}, ...]}`` / ANNOTATIONS_CREATED ``{"annotation": [...]}``.
+
+    Each item is stored as one ANNOTATION_DELETED / ANNOTATION_CREATED event (its payload keeps the original
+    action, the item and the project id); a bad item is reported and the others are still stored.
+    """
+    single, key = BULK_ANNOTATION_ACTIONS[action]
+    items = body.get(key)
+    if not isinstance(items, list) or not items:
+        raise ClientError(400, f"{action} event has no non-empty '{key}' list")
+    project = body.get("project")
+    project_ref = {"id": project.get("id")} if isinstance(project, dict) else project
+
+    def record() -> tuple[list[int], list[str]]:
+        event_ids: list[int] = []
+        errors: list[str] = []
+        with st.store.write() as s:
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    errors.append(f"{key}[{i}]: not an object")
+                    continue
+                payload = {"action": action, key: [item], "project": project_ref}
+                try:
+                    event = repo.record_annotation_event(s, single, item, ls_project=ls_project, payload=payload)
+                except ValueError as exc:
+                    errors.append(f"{key}[{i}]: {exc}")
+                    continue
+                event_ids.append(event.id)
+        return event_ids, errors
+
+    event_ids, errors = await to_thread.run_sync(record)
+    if not event_ids:
+        raise ClientError(400, f"{action} event: nothing stored; " + "; ".join(errors))
+    if errors:
+        log.warning("%s event: %d of %d items skipped: %s", action, len(errors), len(items), "; ".join(errors))
+    return JSONResponse({"status": "ok", "event_ids": event_ids, "errors": errors}, status_code=201)
 
 
 async def metrics(request: Request) -> JSONResponse:

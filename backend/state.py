@@ -8,13 +8,17 @@ from autolabel.store import Store
 from backend.fetch import ImageFetcher
 from backend.model import ModelHolder
 from backend.predictor import Predictor
+from backend.webhook_auth import WebhookAuthFixer
 
 MODEL_CLASS = "AutolabelDiscovery"
 
 
 @dataclass
 class BackendState:
-    """Shared per-process objects; ``settings`` holds the configured method/backbone names (for records)."""
+    """Shared per-process objects; ``settings`` holds the configured method/backbone names (for records).
+
+    ``webhook_auth`` is set when basic auth is on: it gives Label Studio's webhook the credentials.
+    """
 
     store: Store
     model: ModelHolder
@@ -22,3 +26,4 @@ class BackendState:
     predictor: Predictor
     model_class: str = MODEL_CLASS
     settings: dict[str, str | None] = field(default_factory=dict)
+    webhook_auth: WebhookAuthFixer | None = None

@@ -179,10 +179,6 @@ def test_full_config_predictions_webhooks_and_train(ls_client: LabelStudio, back
     assert str(new[0]["params"]["ls_project"]).split(".")[0] == str(pid)
 
 
-@pytest.mark.xfail(strict=True, reason="Label Studio 1.23.2 registers <backend>/webhook without the basic-auth "
-                   "credentials; the backend should add them itself (PATCH /api/webhooks/<id> with the "
-                   "access_token from /setup). Until it does, only clients that patch the webhook (autolabel's "
-                   "LabelStudio.add_ml_backend) get annotation events through basic auth.")
 def test_webhook_from_ui_connection_passes_basic_auth(ls_client: LabelStudio, backend: BackendProcess,  # noqa: F811
                                                       store: Store) -> None:
     """Connected as the Label Studio UI does it (no webhook patching), annotation events still arrive."""

