@@ -45,7 +45,8 @@ def test_tokencut_finds_the_planted_object(solver: str) -> None:
     assert region.mask[region.seed]
     assert 0.5 < region.score <= 1.0
     assert region.soft.shape == (16, 20) and region.soft.min() >= 0 and region.soft.max() <= 1
-    assert region.soft[truth].mean() > region.soft[~truth].mean() + 0.5
+    np.testing.assert_array_equal(region.soft > 0.5, truth)  # soft map is centred on the cut
+    assert region.soft[truth].mean() > region.soft[~truth].mean() + 0.3
 
 
 def test_tokencut_keeps_only_the_seed_component() -> None:

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 
 from autolabel import masks as mask_utils
-from autolabel.discovery.base import DiscoveryMethod, PatchRegion
+from autolabel.discovery.base import DiscoveryMethod, PatchRegion, contrast_score, is_constant, scatter_to_grid
 from autolabel.discovery.graph import l2_normalize
-from autolabel.discovery.lost import is_constant, scatter_to_grid
-from autolabel.discovery.tokencut import contrast_score
 from autolabel.features import PatchFeatures
 
 #: the official code's guard against empty heads

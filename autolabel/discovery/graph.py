@@ -65,3 +65,12 @@ def fiedler_vector(affinity: torch.Tensor, tol: float = 1e-8) -> np.ndarray:
         _, vecs = scipy.linalg.eigh(m, subset_by_index=[n - 1, n - 1])
         u = vecs[:, 0]
     return u * inv_sqrt_d
+
+
+def solve_fiedler(affinity: torch.Tensor, solver: str) -> np.ndarray:
+    """The NCut eigenvector by ``solver``: 'fast' (:func:`fiedler_vector`) or 'dense' (the reference)."""
+    if solver == "dense":
+        return fiedler_dense(affinity)
+    if solver == "fast":
+        return fiedler_vector(affinity)
+    raise ValueError(f"unknown eigen-solver {solver!r}; choose 'fast' or 'dense'")

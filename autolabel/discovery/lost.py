@@ -25,29 +25,9 @@ import numpy as np
 import torch
 
 from autolabel import masks as mask_utils
-from autolabel.discovery.base import DiscoveryMethod, PatchRegion
-from autolabel.discovery.tokencut import contrast_score
+from autolabel.discovery.base import (DiscoveryMethod, PatchRegion, centred_soft_map, contrast_score, is_constant,
+                                      scatter_to_grid)
 from autolabel.features import PatchFeatures
-
-
-def is_constant(features: torch.Tensor, rel_tol: float = 1e-6) -> bool:
-    """True when all rows of an (N, D) feature matrix are (numerically) the same vector."""
-    spread = (features - features.mean(dim=0, keepdim=True)).abs().max()
-    return bool(spread <= rel_tol * max(float(features.abs().max()), 1e-12))
-
-
-def centred_soft_map(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Soft map in [0, 1] that is > 0.5 exactly on ``inside``: 0.5 ± 0.5·|values|/max|values|."""
-    scale = float(np.abs(values).max())
-    mag = np.abs(values) / scale if scale > 0 else np.zeros_like(values, dtype=np.float64)
-    return (0.5 + 0.5 * np.where(inside, mag, -mag)).astype(np.float32)
-
-
-def scatter_to_grid(values: np.ndarray, valid: np.ndarray, fill: float | bool) -> np.ndarray:
-    """Put per-valid-patch ``values`` back on the (grid_h, grid_w) grid, ``fill`` elsewhere."""
-    out = np.full(valid.shape, fill, dtype=values.dtype)
-    out[valid] = values
-    return out
 
 
 class Lost(DiscoveryMethod):

@@ -17,9 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from autolabel import masks as mask_utils
-from autolabel.discovery.base import DiscoveryMethod, PatchRegion
-from autolabel.discovery.graph import binary_graph, cosine_affinity, l2_normalize
-from autolabel.discovery.tokencut import contrast_score, rescale01, solve_fiedler
+from autolabel.discovery.base import DiscoveryMethod, PatchRegion, centred_soft_map, contrast_score
+from autolabel.discovery.graph import binary_graph, cosine_affinity, l2_normalize, solve_fiedler
 from autolabel.features import PatchFeatures
 
 
@@ -72,7 +71,9 @@ class MaskCut(DiscoveryMethod):
             if prev is not None and mask_utils.mask_iou(mask, prev) > self.max_iou_prev:
                 continue
             prev = mask
-            soft = rescale01(np.where(taken & ~mask.ravel(), vec.min(), vec)).reshape(gh, gw).astype(np.float32)
+            others = taken & ~mask.ravel()  # patches of earlier objects count as background here
+            centred = np.where(others, -np.abs(vec - vec.mean()), vec - vec.mean())
+            soft = centred_soft_map(centred, part & ~others).reshape(gh, gw)
             score = (1.0 - 0.1 * it) * (0.5 + 0.5 * contrast_score(vec, mask.ravel()))
             regions.append(PatchRegion(mask, score=float(score), soft=soft, seed=(r, c)))
         return regions

@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from autolabel import masks as mask_utils
-from autolabel.discovery.base import DiscoveryMethod, PatchRegion
-from autolabel.discovery.graph import binary_graph, cosine_affinity
+from autolabel.discovery.base import DiscoveryMethod, PatchRegion, centred_soft_map
+from autolabel.discovery.graph import binary_graph, cosine_affinity, solve_fiedler
 from autolabel.discovery.maskcut import MaskCut
-from autolabel.discovery.tokencut import rescale01, solve_fiedler
 from autolabel.features import PatchFeatures
 
 
@@ -82,7 +81,7 @@ class RankCut(DiscoveryMethod):
         attn = feats.cls_attn.float().mean(dim=0).numpy().reshape(gh, gw)
         attn_range = max(float(attn.max() - attn.min()), 1e-12)
         contrast = np.array([attn[m].mean() - attn[~m].mean() for m in masks])
-        soft = rescale01(vec).reshape(gh, gw).astype(np.float32)
+        soft = centred_soft_map(vec - vec.mean(), vec > vec.mean()).reshape(gh, gw)
         regions: list[PatchRegion] = []
         for i in np.argsort(-contrast):
             m = masks[i]

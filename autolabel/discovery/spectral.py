@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from autolabel import masks as mask_utils
-from autolabel.discovery.base import DiscoveryMethod, PatchRegion
-from autolabel.discovery.graph import cosine_affinity
-from autolabel.discovery.lost import centred_soft_map, is_constant, scatter_to_grid
-from autolabel.discovery.tokencut import contrast_score, solve_fiedler
+from autolabel.discovery.base import (DiscoveryMethod, PatchRegion, centred_soft_map, contrast_score, is_constant,
+                                      scatter_to_grid)
+from autolabel.discovery.graph import cosine_affinity, solve_fiedler
 from autolabel.features import PatchFeatures
 
 
