@@ -5,7 +5,11 @@ Against a real Label Studio and a running backend it measures
 * the wall time of the Data Manager's "Retrieve predictions" on ``n`` uncached tasks (one synchronous
   /predict call from Label Studio to the backend, as a user triggers it);
 * ``/predict`` latency (p50/p95) for a task whose prediction is already cached;
-* ``/predict`` latency for uncached tasks (median over ``uncached`` single-task calls).
+* ``/predict`` latency for uncached tasks (median over ``uncached`` single-task calls);
+* for reference, the backbone forward time on the same uncached images in this process (``--backbone``,
+  ``--max-size``: set them to what the backend runs), so "uncached ≤ forward + 0.3 s" is checked in one run.
+
+``--out docs/benchmarks.md`` replaces that file's backend section with a table and the command.
 
 "Uncached" is guaranteed by importing re-encoded copies of the images with one pixel changed, so their content
 hash is new to the backend's cache however often the benchmark runs. A fresh project is created each run.
@@ -124,9 +128,13 @@ def bench_backend(ls_url: str, token: str, backend_url: str, images: list[Path],
 @click.option("--repeats", default=30, show_default=True, help="Cached /predict calls.")
 @click.option("--seed", type=int, default=None, help="Seed of the pixel changes (default: time).")
 @click.option("--keep-project", is_flag=True, help="Leave the benchmark project in Label Studio.")
+@click.option("--backbone", default="auto", show_default=True, help="Backbone to time the forward pass of.")
+@click.option("--max-size", type=int, default=448, show_default=True, help="Long side for that forward pass.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file whose backend section is replaced with the results.")
 def bench_backend_command(ls_url: str, token: str, backend_url: str, basic_auth: str | None, image_dir: Path,
                           n_retrieve: int, n_uncached: int, repeats: int, seed: int | None,
-                          keep_project: bool) -> None:
+                          keep_project: bool, backbone: str, max_size: int, out: Path | None) -> None:
     """Measure Retrieve-predictions wall time and cached/uncached /predict latency of a running backend."""
     auth = None
     if basic_auth:
@@ -137,7 +145,55 @@ def bench_backend_command(ls_url: str, token: str, backend_url: str, basic_auth:
     images = iter_image_paths([image_dir])
     result = bench_backend(ls_url, token, backend_url, images, n_retrieve=n_retrieve, n_uncached=n_uncached,
                            repeats=repeats, basic_auth=auth, seed=seed, keep_project=keep_project)
+    result["backbone_forward"] = forward_times(images[n_retrieve:n_retrieve + n_uncached], backbone, max_size)
     click.echo(json.dumps(result, indent=2))
+    if out is not None:
+        import shlex
+        import sys
+
+        from autolabel.bench import machine_line, replace_section
+
+        command = "autolabel bench-backend " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        replace_section(out, "## Backend latency", backend_markdown(result, command, machine_line()))
+
+
+def forward_times(images: list[Path], backbone_name: str, max_size: int) -> dict[str, Any]:
+    """Median backbone forward (decode excluded) on ``images``, in this process, after one warm-up call."""
+    from autolabel.backbones import load_backbone
+    from autolabel.images import load_image
+
+    backbone = load_backbone(backbone_name)
+    arrays = [load_image(p) for p in images]
+    backbone.extract(arrays[0], max_size=max_size)
+    times = []
+    for arr in arrays:
+        t0 = time.perf_counter()
+        backbone.extract(arr, max_size=max_size)
+        times.append(time.perf_counter() - t0)
+    return {"backbone": backbone.version, "max_size": max_size, "calls": len(times),
+            "median_ms": round(1000 * statistics.median(times), 1)}
+
+
+def backend_markdown(result: dict[str, Any], command: str, machine: str) -> str:
+    """The docs/benchmarks.md section for one bench-backend run."""
+    fwd = result["backbone_forward"]
+    unc = result["predict_uncached"]
+    ret = result["retrieve_predictions"]
+    cached = result["predict_cached"]
+    budget = fwd["median_ms"] + 300.0
+    return "\n".join([
+        "## Backend latency (real Label Studio 1.23.2)", "",
+        f"Command: `{command}`  ", f"Machine: {machine}  ",
+        f"Model version: {result['model_version']}; backbone forward measured on the same images in the same run: "
+        f"{fwd['backbone']} at {fwd['max_size']} px.", "",
+        "| measurement | value | target |", "|---|---|---|",
+        f"| /predict, already predicted task, p50 (p95) over {cached['calls']} calls | {cached['p50_ms']} ms "
+        f"({cached['p95_ms']} ms) | ≤ 50 ms |",
+        f"| /predict, one uncached task, median of {unc['calls']} (min–max) | {unc['median_ms']} ms "
+        f"({unc['min_ms']}–{unc['max_ms']} ms) | ≤ forward {fwd['median_ms']} ms + 300 ms = {budget:.0f} ms |",
+        f"| Retrieve predictions, {ret['tasks']} uncached tasks, wall time | {ret['wall_s']} s "
+        f"({ret['per_task_s']} s/task) | < 100 s (Label Studio's timeout) |",
+    ]) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m backend.bench_backend`
