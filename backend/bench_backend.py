@@ -102,6 +102,7 @@ def bench_backend(ls_url: str, token: str, backend_url: str, images: list[Path],
             ls.import_files(pid, copies[n_retrieve:])
             new_tasks = [t for t in ls.tasks(pid) if t["id"] not in known]
             uncached = [predict(t) for t in new_tasks]
+            health = http.get("/health").json()  # the model is loaded by now: its version is known
         finally:
             if not keep_project:
                 ls.delete_project(pid)
@@ -153,7 +154,9 @@ def bench_backend_command(ls_url: str, token: str, backend_url: str, basic_auth:
 
         from autolabel.bench import machine_line, replace_section
 
-        command = "autolabel bench-backend " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        args = ["$LABEL_STUDIO_API_KEY" if prev == "--token" else shlex.quote(a)
+                for prev, a in zip([""] + sys.argv[2:], sys.argv[2:])]
+        command = "autolabel bench-backend " + " ".join(args)
         replace_section(out, "## Backend latency", backend_markdown(result, command, machine_line()))
 
 

@@ -122,3 +122,15 @@ def test_maskcut_degenerate_inputs() -> None:
     flat, _ = planted((10, 12), [], noise=0.0)
     regions = MaskCut().discover(flat)
     assert all(r.mask.shape == (10, 12) for r in regions)
+
+
+def test_tokencut_partition_keeps_every_foreground_part() -> None:
+    feats, (a, b) = planted((20, 24), [(2, 2, 8, 8), (12, 14, 18, 22)], seed=1)
+    tokens = feats.tokens.clone()
+    tokens[b.ravel()] = tokens[a.ravel()].mean(0) + 0.25 * torch.randn(int(b.sum()), DIM,
+                                                                      generator=torch.Generator().manual_seed(5))
+    feats.tokens = tokens  # two separate blobs of the same "object" features
+    (region,) = TokenCut(keep="partition").discover(feats)
+    np.testing.assert_array_equal(region.mask, a | b)
+    with pytest.raises(ValueError, match="keep"):
+        TokenCut(keep="largest")
