@@ -225,16 +225,15 @@ def run_sweep(data_root: Path, backbone_name: str, max_size: int, limit: int | N
     combos = [(layer, kind) for layer in layers for kind in kinds]
     sal = {c: SaliencyAccumulator() for c in combos}
     results: dict = {c: defaultdict(list) for c in combos}
+    pipes = {(layer, kind): Pipeline(TokenCut(feature=kind), backbone=backbone, max_size=max_size, refine="none",
+                                     layer=layer, feature=kind, box_from="patches") for layer, kind in combos}
     for ds in sets:
         for path, key in tqdm(ds.items, desc=f"sweep {ds.name}", unit="img"):
             image = load_image(path)
             per_layer = backbone.extract_layers(image, layers, max_size)
             gt = read_gt_mask(ds.masks_dir / f"{key}.png") if ds.kind == "saliency" else None
             for layer, kind in combos:
-                feats = per_layer[layer % backbone.num_layers]
-                pipe = Pipeline(TokenCut(feature=kind), backbone=backbone, max_size=max_size, refine="none",
-                                layer=layer, feature=kind, box_from="patches")
-                det = pipe.detect(feats)
+                det = pipes[(layer, kind)].detect(per_layer[layer % backbone.num_layers])
                 if gt is not None:
                     sal[(layer, kind)].add(union_mask(det, gt.shape), gt)
                 else:

@@ -36,6 +36,16 @@ def planted(grid: tuple[int, int], blocks: list[tuple[int, int, int, int]], nois
     return feats, truths
 
 
+def twin_blobs() -> tuple[PatchFeatures, list[np.ndarray]]:
+    """Two separate blobs with the same "object" features on one background."""
+    feats, (a, b) = planted((20, 24), [(2, 2, 8, 8), (12, 14, 18, 22)], seed=1)
+    tokens = feats.tokens.clone()
+    tokens[b.ravel()] = tokens[a.ravel()].mean(0) + 0.25 * torch.randn(int(b.sum()), DIM,
+                                                                      generator=torch.Generator().manual_seed(5))
+    feats.tokens = tokens
+    return feats, [a, b]
+
+
 # ------------------------------------------------------------------------------------------------- TokenCut
 @pytest.mark.parametrize("solver", ["fast", "dense"])
 def test_tokencut_finds_the_planted_object(solver: str) -> None:
@@ -50,11 +60,7 @@ def test_tokencut_finds_the_planted_object(solver: str) -> None:
 
 
 def test_tokencut_keeps_only_the_seed_component() -> None:
-    feats, (a, b) = planted((20, 24), [(2, 2, 8, 8), (12, 14, 18, 22)], seed=1)
-    tokens = feats.tokens.clone()
-    tokens[b.ravel()] = tokens[a.ravel()].mean(0) + 0.25 * torch.randn(int(b.sum()), DIM,
-                                                                      generator=torch.Generator().manual_seed(5))
-    feats.tokens = tokens  # two separate blobs of the same "object" features
+    feats, (a, b) = twin_blobs()
     (region,) = TokenCut().discover(feats)
     assert (mask_iou(region.mask, a) == 1.0) != (mask_iou(region.mask, b) == 1.0)
 
@@ -125,11 +131,7 @@ def test_maskcut_degenerate_inputs() -> None:
 
 
 def test_tokencut_partition_keeps_every_foreground_part() -> None:
-    feats, (a, b) = planted((20, 24), [(2, 2, 8, 8), (12, 14, 18, 22)], seed=1)
-    tokens = feats.tokens.clone()
-    tokens[b.ravel()] = tokens[a.ravel()].mean(0) + 0.25 * torch.randn(int(b.sum()), DIM,
-                                                                      generator=torch.Generator().manual_seed(5))
-    feats.tokens = tokens  # two separate blobs of the same "object" features
+    feats, (a, b) = twin_blobs()
     (region,) = TokenCut(keep="partition").discover(feats)
     np.testing.assert_array_equal(region.mask, a | b)
     with pytest.raises(ValueError, match="keep"):
