@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from autolabel.discovery import create_method
-from autolabel.discovery.graph import binary_graph, cosine_affinity, fiedler_dense, fiedler_vector
-from autolabel.images import load_image
+from autolabel.discovery.graph import fiedler_dense, fiedler_vector, tokencut_graph
+from autolabel.images import decode_image
 from autolabel.metrics.saliency import SaliencyAccumulator
 from autolabel.pipeline import Pipeline
 from autolabel.refine import Refiner
@@ -142,13 +142,13 @@ def run_bench(data_root: Path, backbone_name: str, max_size: int, limit: int | N
         for path, key in tqdm(ds.items, desc=ds.name, unit="img"):
             t0 = time.perf_counter()
             try:
-                image = load_image(path)
+                image, orig_size = decode_image(path)
             except Exception as exc:
                 errors.append(f"{path.name}: {exc}")
                 continue
             decode = time.perf_counter() - t0
             t0 = time.perf_counter()
-            feats = first.features(image)
+            feats = first.features(image, orig_size)
             backbone_s = time.perf_counter() - t0
             gt = read_gt_mask(ds.masks_dir / f"{key}.png") if ds.kind == "saliency" else None
             dets = {}
@@ -199,7 +199,7 @@ def eigen_check(feats, pipes: dict[str, Pipeline], dets: dict, eig: dict) -> Non
     if fast_label is None or dense_label is None or feats.geometry.num_patches < 24:
         return
     method = pipes[fast_label].method
-    affinity = binary_graph(cosine_affinity(method.select_features(feats)), method.tau, method.eps)
+    affinity = tokencut_graph(method.select_features(feats), method.tau, method.eps)
     t0 = time.perf_counter()
     fast = fiedler_vector(affinity)
     t1 = time.perf_counter()
@@ -229,8 +229,8 @@ def run_sweep(data_root: Path, backbone_name: str, max_size: int, limit: int | N
                                      layer=layer, feature=kind, box_from="patches") for layer, kind in combos}
     for ds in sets:
         for path, key in tqdm(ds.items, desc=f"sweep {ds.name}", unit="img"):
-            image = load_image(path)
-            per_layer = backbone.extract_layers(image, layers, max_size)
+            image, orig_size = decode_image(path)
+            per_layer = backbone.extract_layers(image, layers, max_size, orig_size)
             gt = read_gt_mask(ds.masks_dir / f"{key}.png") if ds.kind == "saliency" else None
             for layer, kind in combos:
                 det = pipes[(layer, kind)].detect(per_layer[layer % backbone.num_layers])
@@ -362,7 +362,8 @@ def replace_section(path: Path, heading: str, text: str) -> None:
               show_default=True, help="Markdown file whose benchmark section is replaced.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def bench_command(data_root: Path, backbone: str, max_size: int, limit: int | None, datasets: str,
-                  methods: str | None, layer: int | None, feature: str | None, sweep: bool, layers: str, kinds: str, out: Path, json_out: Path | None) -> None:
+                  methods: str | None, layer: int | None, feature: str | None, sweep: bool, layers: str,
+                  kinds: str, out: Path, json_out: Path | None) -> None:
     """Benchmark quality and speed of the discovery methods on the shared data sets."""
     command = "autolabel bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if sweep:

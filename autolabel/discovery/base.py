@@ -62,7 +62,6 @@ def scatter_to_grid(values: np.ndarray, valid: np.ndarray, fill: float | bool) -
     return out
 
 
-
 class DiscoveryMethod(ABC):
     """Training-free object discovery on one image's patch features.
 

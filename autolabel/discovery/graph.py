@@ -67,6 +67,11 @@ def fiedler_vector(affinity: torch.Tensor, tol: float = 1e-8) -> np.ndarray:
     return u * inv_sqrt_d
 
 
+def tokencut_graph(features: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
+    """TokenCut's affinity of (N, D) features: cosine similarity binarised at ``tau`` (1 above, ``eps`` below)."""
+    return binary_graph(cosine_affinity(features), tau, eps)
+
+
 def solve_fiedler(affinity: torch.Tensor, solver: str) -> np.ndarray:
     """The NCut eigenvector by ``solver``: 'fast' (:func:`fiedler_vector`) or 'dense' (the reference)."""
     if solver == "dense":

@@ -18,7 +18,7 @@ import numpy as np
 
 from autolabel import masks as mask_utils
 from autolabel.discovery.base import DiscoveryMethod, PatchRegion, centred_soft_map, contrast_score
-from autolabel.discovery.graph import binary_graph, cosine_affinity, l2_normalize, solve_fiedler
+from autolabel.discovery.graph import l2_normalize, solve_fiedler, tokencut_graph
 from autolabel.features import PatchFeatures
 
 
@@ -51,7 +51,7 @@ class MaskCut(DiscoveryMethod):
         for it in range(self.n_objects):
             if taken.all():
                 break
-            affinity = binary_graph(cosine_affinity(f), self.tau, self.eps)
+            affinity = tokencut_graph(f, self.tau, self.eps)
             vec = solve_fiedler(affinity, self.solver)
             part = vec > vec.mean()
             top = int(np.argmax(np.abs(vec)))

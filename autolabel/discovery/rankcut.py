@@ -22,7 +22,7 @@ import numpy as np
 
 from autolabel import masks as mask_utils
 from autolabel.discovery.base import DiscoveryMethod, PatchRegion, centred_soft_map
-from autolabel.discovery.graph import binary_graph, cosine_affinity, solve_fiedler
+from autolabel.discovery.graph import solve_fiedler, tokencut_graph
 from autolabel.discovery.maskcut import MaskCut
 from autolabel.features import PatchFeatures
 
@@ -49,7 +49,7 @@ class RankCut(DiscoveryMethod):
     def candidates(self, feats: PatchFeatures) -> tuple[list[np.ndarray], np.ndarray]:
         """Candidate patch masks and the oriented TokenCut eigenvector (flattened)."""
         gh, gw = feats.grid
-        affinity = binary_graph(cosine_affinity(self.select_features(feats)), self.tau, self.eps)
+        affinity = tokencut_graph(self.select_features(feats), self.tau, self.eps)
         vec = solve_fiedler(affinity, self.solver)
         seed = int(np.argmax(np.abs(vec)))
         if vec[seed] < vec.mean():

@@ -9,7 +9,8 @@ saliency-detection setting (several salient parts count), while the default is i
 
 Differences from the paper: the eigen-solve uses :func:`~autolabel.discovery.graph.fiedler_vector` (deflated
 Lanczos) instead of a dense generalized ``eigh`` (``solver="dense"`` keeps the reference); the region carries a soft
-map (the oriented eigenvector centred on the bipartition threshold, see ``centred_soft_map``) for refinement; the score is the contrast of the eigenvector inside vs. outside the object.
+map (the oriented eigenvector centred on the bipartition threshold, see ``centred_soft_map``) for refinement; the
+score is the contrast of the eigenvector inside vs. outside the object.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from autolabel import masks as mask_utils
 from autolabel.discovery.base import DiscoveryMethod, PatchRegion, centred_soft_map, contrast_score
-from autolabel.discovery.graph import binary_graph, cosine_affinity, solve_fiedler
+from autolabel.discovery.graph import solve_fiedler, tokencut_graph
 from autolabel.features import PatchFeatures
 
 
@@ -43,7 +44,7 @@ class TokenCut(DiscoveryMethod):
         if gh * gw < 2:
             return [PatchRegion(np.ones((gh, gw), bool), score=0.0, soft=np.ones((gh, gw), np.float32),
                                 seed=(0, 0))]
-        affinity = binary_graph(cosine_affinity(self.select_features(feats)), self.tau, self.eps)
+        affinity = tokencut_graph(self.select_features(feats), self.tau, self.eps)
         vec = solve_fiedler(affinity, self.solver)
         part = vec > vec.mean()
         seed = int(np.argmax(np.abs(vec)))
