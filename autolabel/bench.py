@@ -61,14 +61,20 @@ DEFAULT_VARIANTS = (
     Variant("tokencut whole partition + guided", "tokencut", (("keep", "partition"),), refine="guided"),
     Variant("tokencut whole partition τ=0.4 + guided", "tokencut", (("keep", "partition"), ("tau", 0.4)),
             refine="guided"),
+    Variant("tokencut + bilateral", "tokencut", refine="bilateral"),
+    Variant("tokencut whole partition + bilateral", "tokencut", (("keep", "partition"),), refine="bilateral"),
+    Variant("tokencut whole partition τ=0.4 + bilateral", "tokencut", (("keep", "partition"), ("tau", 0.4)),
+            refine="bilateral"),
     Variant("found", "found", box_from="patches"),
     Variant("found + guided", "found", refine="guided"),
     Variant("spectral", "spectral", box_from="patches"),
     Variant("spectral + guided", "spectral", refine="guided"),
     Variant("maskcut N=3", "maskcut", (("n_objects", 3),), box_from="patches"),
     Variant("maskcut N=3 + guided", "maskcut", (("n_objects", 3),), refine="guided"),
+    Variant("maskcut N=3 + bilateral", "maskcut", (("n_objects", 3),), refine="bilateral"),
     Variant("rankcut", "rankcut", box_from="patches"),
     Variant("rankcut + guided", "rankcut", refine="guided"),
+    Variant("rankcut + bilateral", "rankcut", refine="bilateral"),
 )
 
 
@@ -339,7 +345,8 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+        rest = old[end + 1:] if end >= 0 else ""
+        new = old[:start] + (text.rstrip("\n") + "\n\n" + rest if rest else text)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
 

@@ -22,17 +22,26 @@ from autolabel.detections import Detections
 from autolabel.discovery import DiscoveryMethod, PatchRegion, create_method
 from autolabel.features import PatchFeatures
 from autolabel.images import ImageSource, decode_image
-from autolabel.refine import Refiner
+from autolabel.refine import REFINE_MODES, Refiner
 
 log = logging.getLogger("autolabel")
 
 DEFAULT_METHOD = "tokencut"
 DEFAULT_MAX_SIZE = 448
+DEFAULT_REFINE = "guided"
 
 
 def default_max_size() -> int:
     """Long side the network sees: env AUTOLABEL_MAX_SIZE or 448."""
     return int(os.environ.get("AUTOLABEL_MAX_SIZE", DEFAULT_MAX_SIZE))
+
+
+def default_refine() -> str:
+    """Refinement mode when none is given: env AUTOLABEL_REFINE or 'guided'."""
+    mode = os.environ.get("AUTOLABEL_REFINE") or DEFAULT_REFINE
+    if mode not in REFINE_MODES:
+        raise ValueError(f"AUTOLABEL_REFINE={mode!r} is not a refinement mode; choose one of {REFINE_MODES}")
+    return mode
 
 
 class Pipeline:
@@ -42,7 +51,8 @@ class Pipeline:
         method: discovery method name (see ``autolabel.discovery.METHODS``) or an instance.
         backbone: registry name, checkpoint path, 'auto', or a loaded :class:`ViTBackbone`.
         max_size: long side of the network input (default env AUTOLABEL_MAX_SIZE or 448).
-        refine: 'guided' or 'none', or a :class:`Refiner`.
+        refine: 'guided', 'bilateral' or 'none', or a :class:`Refiner` (default env AUTOLABEL_REFINE or
+            'guided').
         layer, feature: override the backbone's registered best block / feature kind.
         box_from: 'mask' (tight box of the refined mask) or 'patches' (papers' convention: patch component box).
         method_params: hyper-parameters for the method's constructor.
@@ -51,7 +61,7 @@ class Pipeline:
     """
 
     def __init__(self, method: str | DiscoveryMethod = DEFAULT_METHOD, backbone: str | ViTBackbone = "auto",
-                 max_size: int | None = None, refine: str | Refiner = "guided", layer: int | None = None,
+                 max_size: int | None = None, refine: str | Refiner | None = None, layer: int | None = None,
                  feature: str | None = None, box_from: str = "mask", method_params: dict | None = None,
                  min_refined_iou: float = 0.0, device: str = "cpu") -> None:
         if isinstance(backbone, ViTBackbone):
@@ -62,7 +72,7 @@ class Pipeline:
             self.backbone = load_backbone(backbone, device=device)
         self.method = method if isinstance(method, DiscoveryMethod) else create_method(method,
                                                                                         **(method_params or {}))
-        self.refiner = refine if isinstance(refine, Refiner) else Refiner(mode=refine)
+        self.refiner = refine if isinstance(refine, Refiner) else Refiner(mode=refine or default_refine())
         self.max_size = max_size or default_max_size()
         self.layer = self.backbone.spec.layer_index if layer is None else layer % self.backbone.num_layers
         self.feature = feature or self.backbone.spec.best_feature
@@ -104,8 +114,7 @@ class Pipeline:
         masks, boxes, scores, descs = [], [], [], []
         tokens = feats.tokens if feats.tokens is not None else feats.get(self.feature)
         tokens = torch.nn.functional.normalize(tokens.reshape(tokens.shape[0], -1).float(), dim=-1)
-        for region in regions:
-            mask = self.refiner(region, geo, feats.image)
+        for region, mask in zip(regions, self.refiner.refine_all(regions, geo, feats.image)):
             if self.min_refined_iou > 0:
                 if mask_utils.mask_iou(mask, geo.patch_mask_to_original(region.mask)) < self.min_refined_iou:
                     continue

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from autolabel.bench import DEFAULT_VARIANTS, bench_command
+from autolabel.bench import DEFAULT_VARIANTS, bench_command, replace_section
 
 
 @pytest.fixture()
@@ -47,3 +47,13 @@ def test_bench_sweep_scores_each_layer_and_feature(bench_data, tmp_path) -> None
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 1")]
     assert [r.split("|")[1:3] for r in rows] == [[" 10 ", " k "], [" 10 ", " tokens "], [" 11 ", " k "],
                                                  [" 11 ", " tokens "]]
+
+
+def test_replace_section_keeps_the_other_sections_apart(tmp_path) -> None:
+    doc = tmp_path / "b.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n## A\n\nold a\n\n## B\n\nold b\n")
+    replace_section(doc, "## A", "## A\n\nnew a\n")
+    assert doc.read_text() == "# Benchmarks\n\nintro\n\n## A\n\nnew a\n\n## B\n\nold b\n"
+    replace_section(doc, "## B", "## B\n\nnew b\n")
+    replace_section(doc, "## C", "## C\n\nnew c\n")
+    assert doc.read_text() == "# Benchmarks\n\nintro\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## C\n\nnew c\n"

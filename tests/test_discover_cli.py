@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from autolabel.cli import main
+from autolabel.cli_discover import parse_param
 from autolabel.discover import discover_paths, overlay_path
 from autolabel.images import load_image
 from autolabel.masks import rle_to_mask
@@ -176,6 +177,29 @@ def test_cli_maskcut_method(cli_backbone, tmp_path: Path) -> None:
     assert all(r["file_name"] == "a.jpg" for r in results)
 
 
+def model_version_line(output: str) -> str:
+    return next(line for line in output.splitlines() if "model version:" in line)
+
+
+def test_cli_refinement_from_the_option_or_the_environment(cli_backbone, tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "imgs"
+    write_tree(folder, {"a.jpg": good_files()["photo.jpg"]})
+    out = tmp_path / "r.json"
+    by_option = run_cli([str(folder), "--refine", "bilateral", "--out", str(out)])
+    assert by_option.exit_code == 0, by_option.output
+    assert len(json.loads(out.read_text())) == 1
+    default = run_cli([str(folder), "--out", str(out)])
+    monkeypatch.setenv("AUTOLABEL_REFINE", "bilateral")
+    by_env = run_cli([str(folder), "--out", str(out)])
+    assert model_version_line(by_env.output) == model_version_line(by_option.output)
+    assert model_version_line(default.output) != model_version_line(by_option.output)
+    monkeypatch.setenv("AUTOLABEL_REFINE", "crf")
+    bad = run_cli([str(folder), "--out", str(tmp_path / "never.json")])
+    assert bad.exit_code == 1
+    assert "AUTOLABEL_REFINE='crf'" in bad.output
+    assert not (tmp_path / "never.json").exists()
+
+
 def test_cli_all_bad_exits_nonzero_but_writes_the_errors(cli_backbone, tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     write_tree(folder, bad_files())
@@ -191,6 +215,35 @@ def test_cli_object_count_only_for_multi_object_methods(tmp_path: Path) -> None:
                                        "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 2
     assert "--n-objects" in result.output and "tokencut" in result.output
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tau=0.4", ("tau", 0.4)), ("n-objects=3", ("n_objects", 3)), ("keep=partition", ("keep", "partition")),
+    ("flag=True", ("flag", True)), (" eps = 1e-5", ("eps", 1e-5)),
+])
+def test_parse_param(text: str, expected: tuple) -> None:
+    assert parse_param(text) == expected
+
+
+def test_cli_method_parameters_reach_the_method(cli_backbone, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    write_tree(folder, {"a.jpg": good_files()["photo.jpg"]})
+    out = tmp_path / "r.json"
+    default = run_cli([str(folder), "--out", str(out)])
+    tuned = run_cli([str(folder), "-p", "tau=0.4", "--param", "keep=partition", "--out", str(out)])
+    assert tuned.exit_code == 0, tuned.output
+    assert model_version_line(tuned.output) != model_version_line(default.output)
+
+
+@pytest.mark.parametrize("param, message", [
+    ("alpha=2", "has no parameter 'alpha'"), ("tau", "is not NAME=VALUE"),
+    ("keep=everything", "keep must be 'component' or 'partition'"),
+])
+def test_cli_bad_method_parameters_are_clear_errors(cli_backbone, tmp_path: Path, param: str, message: str) -> None:
+    result = run_cli([str(tmp_path), "--param", param, "--out", str(tmp_path / "r.json")])
+    assert result.exit_code != 0
+    assert message in result.output
     assert not (tmp_path / "r.json").exists()
 
 

@@ -1,4 +1,5 @@
-"""Quality smoke test: TokenCut + guided refinement on the offline DINOv2-S/14 segments ECSSD's salient objects."""
+"""Quality smoke test: TokenCut + guided or bilateral refinement on the offline DINOv2-S/14 segments ECSSD's salient
+objects."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def ecssd_pairs(shared_data: Path, n: int) -> list[tuple[Path, Path]]:
 
 
 @pytest.mark.slow
-def test_tokencut_guided_segments_ecssd(shared_data: Path, imgfocus_backbone) -> None:
-    pipe = Pipeline("tokencut", backbone=imgfocus_backbone, max_size=448, refine="guided")
+@pytest.mark.parametrize("refine", ["guided", "bilateral"])
+def test_tokencut_refined_segments_ecssd(shared_data: Path, imgfocus_backbone, refine: str) -> None:
+    pipe = Pipeline("tokencut", backbone=imgfocus_backbone, max_size=448, refine=refine)
     ious = []
     for image_path, gt_path in ecssd_pairs(shared_data, N_IMAGES):
         det = pipe(image_path)
@@ -39,5 +41,5 @@ def test_tokencut_guided_segments_ecssd(shared_data: Path, imgfocus_backbone) ->
         assert len(det) == 1
         ious.append(mask_iou(det.masks[0], gt))
     mean_iou = float(np.mean(ious))
-    print(f"ECSSD first {N_IMAGES}: mean IoU {mean_iou:.3f} ({', '.join(f'{v:.2f}' for v in ious)})")
+    print(f"ECSSD first {N_IMAGES}, {refine}: mean IoU {mean_iou:.3f} ({', '.join(f'{v:.2f}' for v in ious)})")
     assert mean_iou > MIN_MEAN_IOU

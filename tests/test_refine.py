@@ -1,4 +1,5 @@
-"""Refiner: 'none' maps patch masks exactly; 'guided' keeps aligned masks and snaps blocky ones to real edges."""
+"""Refiner: 'none' maps patch masks exactly; 'guided' and 'bilateral' keep aligned masks and snap blocky ones to
+real edges."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from autolabel.discovery.base import PatchRegion
 from autolabel.geometry import PatchGeometry
 from autolabel.masks import mask_iou
-from autolabel.refine import Refiner
+from autolabel.refine import REFINE_MODES, Refiner
 
 PATCH = 8
 
@@ -49,28 +50,33 @@ def test_none_is_exactly_the_mapped_patch_mask(name: str) -> None:
     np.testing.assert_array_equal(out, geo.patch_mask_to_original(pm))
 
 
+EDGE_MODES = ("guided", "bilateral")
+
+
+@pytest.mark.parametrize("mode", EDGE_MODES)
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
-def test_guided_keeps_a_patch_aligned_mask(name: str) -> None:
+def test_edge_refinement_keeps_a_patch_aligned_mask(name: str, mode: str) -> None:
     h, w, max_size = GEOMETRIES[name]
     geo = PatchGeometry.for_image(h, w, PATCH, max_size)
     image, truth = scene(geo, (24, 16, 72, 56))  # edges on patch borders
     pm = blocky_patch_mask(geo, truth)
     truth_orig = geo.input_to_original(truth, "nearest")
     assert mask_iou(geo.patch_mask_to_original(pm), truth_orig) > 0.99
-    out = Refiner("guided")(PatchRegion(pm), geo, image)
+    out = Refiner(mode)(PatchRegion(pm), geo, image)
     assert out.shape == (h, w)
     assert mask_iou(out, truth_orig) > 0.97
 
 
+@pytest.mark.parametrize("mode", EDGE_MODES)
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
-def test_guided_snaps_a_blocky_mask_to_the_real_edge(name: str) -> None:
+def test_edge_refinement_snaps_a_blocky_mask_to_the_real_edge(name: str, mode: str) -> None:
     h, w, max_size = GEOMETRIES[name]
     geo = PatchGeometry.for_image(h, w, PATCH, max_size)
     image, truth = scene(geo, (21, 13, 75, 45))  # edges 3-5 px off the patch grid
     pm = blocky_patch_mask(geo, truth)
     truth_orig = geo.input_to_original(truth, "nearest")
     raw_iou = mask_iou(geo.patch_mask_to_original(pm), truth_orig)
-    refined_iou = mask_iou(Refiner("guided")(PatchRegion(pm), geo, image), truth_orig)
+    refined_iou = mask_iou(Refiner(mode)(PatchRegion(pm), geo, image), truth_orig)
     assert raw_iou < 0.8
     assert refined_iou > 0.92
     assert refined_iou > raw_iou + 0.15
@@ -104,10 +110,11 @@ def test_soft_map_parts_away_from_the_region_are_dropped_unless_asked(keep: bool
         assert out[other].mean() > 0.9
 
 
-def test_guided_falls_back_to_the_raw_mask() -> None:
+@pytest.mark.parametrize("mode", EDGE_MODES)
+def test_edge_refinement_falls_back_to_the_raw_mask(mode: str) -> None:
     geo = PatchGeometry.for_image(96, 128, PATCH, None)
     image, _ = scene(geo, (16, 16, 48, 48))
-    refiner = Refiner("guided")
+    refiner = Refiner(mode)
     empty = np.zeros((geo.grid_h, geo.grid_w), bool)
     assert not refiner(PatchRegion(empty), geo, image).any()
     full = np.ones((geo.grid_h, geo.grid_w), bool)  # constant source map: nothing to filter
@@ -117,10 +124,45 @@ def test_guided_falls_back_to_the_raw_mask() -> None:
     np.testing.assert_array_equal(refiner(PatchRegion(pm), geo, None), geo.patch_mask_to_original(pm))
 
 
+def test_bilateral_keeps_the_raw_mask_when_the_solve_disagrees_with_it() -> None:
+    geo = PatchGeometry.for_image(96, 128, PATCH, None)
+    image = np.full((96, 128, 3), 0.3, np.float32)
+    image[:, 64:] = (0.9, 0.8, 0.7)  # a big bright half ...
+    image[16:32, 16:32] = (0.2, 0.8, 0.3)  # ... and a small green square
+    pm = np.zeros((geo.grid_h, geo.grid_w), bool)
+    pm[2:4, 2:4] = True  # the whole green square
+    pm[4:8, 8:10] = True  # and a sliver of the bright half, twice as large
+    raw = geo.patch_mask_to_original(pm)
+    solved = Refiner("bilateral", min_iou=0.0)(PatchRegion(pm), geo, image)
+    assert solved[16:32, 16:32].all() and not solved[:, 64:].any()  # the sliver is smoothed away ...
+    assert mask_iou(solved, raw) < 0.5
+    guarded = Refiner("bilateral")(PatchRegion(pm), geo, image)
+    np.testing.assert_array_equal(guarded, raw)  # ... so the default guard keeps the raw mask
+
+
+@pytest.mark.parametrize("mode", REFINE_MODES)
+def test_refining_all_regions_at_once_equals_one_by_one(mode: str) -> None:
+    geo = PatchGeometry.for_image(301, 457, PATCH, 128)
+    image, truth = scene(geo, (21, 13, 75, 45))
+    other = np.zeros_like(truth)
+    other[40:70, 90:120] = True
+    image[other] = (0.2, 0.7, 0.3)
+    regions = [PatchRegion(blocky_patch_mask(geo, truth)), PatchRegion(np.zeros((geo.grid_h, geo.grid_w), bool)),
+               PatchRegion(blocky_patch_mask(geo, other))]
+    refiner = Refiner(mode)
+    together = refiner.refine_all(regions, geo, image)
+    assert len(together) == 3 and not together[1].any()
+    for region, mask in zip(regions, together):
+        np.testing.assert_array_equal(mask, refiner(region, geo, image))
+
+
 def test_bad_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown refinement"):
         Refiner("crf")
     with pytest.raises(ValueError, match="source"):
         Refiner("guided", source="edges")
     assert Refiner("none").params() == {"mode": "none"}
-    assert Refiner("guided").params()["radius"] == 9
+    assert Refiner("guided").params() == {"mode": "guided", "radius": 9, "eps": 1e-3, "source": "mask",
+                                          "keep_seed_component": True}
+    bilateral = Refiner("bilateral").params()
+    assert bilateral["sigma_spatial"] == 16 and bilateral["lam"] == 256 and "radius" not in bilateral
