@@ -124,9 +124,3 @@ class BilateralSolver:
         x0 = np.where(sc > 0, b / np.maximum(sc, 1e-12), 0.0)
         y, _ = cg(a, b, x0=x0, M=precond, rtol=self.tol, maxiter=self.maxiter)
         return grid.slice(y)
-
-
-def bilateral_solve(grid: BilateralGrid, target: np.ndarray, confidence: np.ndarray | None = None,
-                    lam: float = 256.0) -> np.ndarray:
-    """One-off :meth:`BilateralSolver.solve` on ``grid``."""
-    return BilateralSolver(grid, lam).solve(target, confidence)

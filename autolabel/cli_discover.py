@@ -37,11 +37,12 @@ def pipeline_options(func):
 def parse_param(text: str) -> tuple[str, object]:
     """``NAME=VALUE`` → (name, value) with VALUE read as int, float, true/false or else a string."""
     name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
+    name, raw = name.strip(), raw.strip()
+    if not sep or not name:
         raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--param")
-    value: object = raw.strip()
-    if raw.strip().lower() in ("true", "false"):
-        value = raw.strip().lower() == "true"
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
     else:
         for kind in (int, float):
             try:
@@ -49,7 +50,7 @@ def parse_param(text: str) -> tuple[str, object]:
                 break
             except ValueError:
                 continue
-    return name.strip().replace("-", "_"), value
+    return name.replace("-", "_"), value
 
 
 def build_pipeline(method: str, backbone: str, max_size: int | None, refine: str | None, layer: int | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autolabel.bilateral import BilateralGrid, bilateral_solve, bistochastize
+from autolabel.bilateral import BilateralGrid, BilateralSolver, bistochastize
 
 
 def two_tone(h: int = 64, w: int = 96, edge: int = 37, seed: int = 0) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_bistochastic_scaling_matches_the_pixel_counts() -> None:
 
 def test_constant_target_stays_constant() -> None:
     grid = BilateralGrid.from_image(two_tone())
-    out = bilateral_solve(grid, np.full((64, 96), 0.25))
+    out = BilateralSolver(grid).solve(np.full((64, 96), 0.25))
     np.testing.assert_allclose(out, 0.25, atol=1e-3)
 
 
@@ -61,7 +61,7 @@ def test_a_misplaced_step_snaps_to_the_image_edge() -> None:
     target = np.zeros((64, 96), np.float32)
     target[:, 32:] = 1.0  # five columns too far left, as a patch-grid mask would be
     grid = BilateralGrid.from_image(img, 16, 16, 8)
-    out = bilateral_solve(grid, target, lam=256)
+    out = BilateralSolver(grid, lam=256).solve(target)
     assert out.shape == (64, 96)
     wrong_before = ((target > 0.5) != truth).sum()
     wrong_after = ((out > 0.5) != truth).sum()
@@ -76,7 +76,7 @@ def test_confidence_zero_pixels_follow_their_neighbours() -> None:
     conf = np.ones_like(target)
     target[:, 60:70] = 0.0  # wrong values the solver is told not to trust
     conf[:, 60:70] = 0.0
-    out = bilateral_solve(BilateralGrid.from_image(img), target, conf)
+    out = BilateralSolver(BilateralGrid.from_image(img)).solve(target, conf)
     assert (out[:, 60:70] > 0.5).mean() > 0.95
 
 
@@ -85,4 +85,4 @@ def test_bad_inputs_are_rejected() -> None:
         BilateralGrid.from_image(np.zeros((10, 10), np.uint8))
     grid = BilateralGrid.from_image(two_tone())
     with pytest.raises(ValueError, match="does not match"):
-        bilateral_solve(grid, np.zeros((10, 10)))
+        BilateralSolver(grid).solve(np.zeros((10, 10)))
