@@ -27,7 +27,7 @@ def pipeline_options(func):
         click.option("--n-objects", type=int, default=None, help="MaskCut: objects per image."),
         click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
                      help="Method hyper-parameter, repeatable (e.g. -p tau=0.4 -p keep=partition for TokenCut's "
-                          "best ECSSD setting)."),
+                          "best ECSSD setting) [default: env AUTOLABEL_METHOD_PARAMS, a JSON object]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -74,7 +74,7 @@ def build_pipeline(method: str, backbone: str, max_size: int | None, refine: str
         method_params["n_objects"] = n_objects
     try:
         return Pipeline(method, backbone=backbone, max_size=max_size, refine=refine, layer=layer, feature=feature,
-                        method_params=method_params)
+                        method_params=method_params or None)  # none given: env AUTOLABEL_METHOD_PARAMS
     except BackboneUnavailable as exc:  # unknown name, missing or unreadable checkpoint: no traceback needed
         raise click.ClickException(f"cannot load backbone {backbone!r}: {exc}") from None
     except ValueError as exc:  # a bad setting, e.g. AUTOLABEL_REFINE or a method parameter's value

@@ -44,6 +44,20 @@ def default_refine() -> str:
     return mode
 
 
+def default_method_params() -> dict[str, Any]:
+    """Method hyper-parameters when none are given: env AUTOLABEL_METHOD_PARAMS (a JSON object) or none."""
+    raw = os.environ.get("AUTOLABEL_METHOD_PARAMS", "").strip()
+    if not raw:
+        return {}
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"AUTOLABEL_METHOD_PARAMS is not valid JSON ({exc}): {raw!r}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"AUTOLABEL_METHOD_PARAMS must be a JSON object like {{\"tau\": 0.4}}, got {raw!r}")
+    return params
+
+
 class Pipeline:
     """Discovery pipeline bound to one backbone, one method and one refinement.
 
@@ -55,7 +69,8 @@ class Pipeline:
             'guided').
         layer, feature: override the backbone's registered best block / feature kind.
         box_from: 'mask' (tight box of the refined mask) or 'patches' (papers' convention: patch component box).
-        method_params: hyper-parameters for the method's constructor.
+        method_params: hyper-parameters for the method's constructor (default env AUTOLABEL_METHOD_PARAMS, a JSON
+            object, or none); ignored when ``method`` is an instance.
         min_refined_iou: drop a region whose refined mask overlaps its raw patch mask less than this (MaskCut's
             CRF check); 0 keeps all.
     """
@@ -64,14 +79,20 @@ class Pipeline:
                  max_size: int | None = None, refine: str | Refiner | None = None, layer: int | None = None,
                  feature: str | None = None, box_from: str = "mask", method_params: dict | None = None,
                  min_refined_iou: float = 0.0, device: str = "cpu") -> None:
+        if isinstance(method, DiscoveryMethod):
+            self.method = method
+        else:
+            params = default_method_params() if method_params is None else method_params
+            try:
+                self.method = create_method(method, **params)
+            except TypeError as exc:  # an unknown hyper-parameter name
+                raise ValueError(f"method {method!r} cannot take parameters {params}: {exc}") from None
         if isinstance(backbone, ViTBackbone):
             self.backbone = backbone
         else:
             from autolabel.backbones.loading import load_backbone
 
             self.backbone = load_backbone(backbone, device=device)
-        self.method = method if isinstance(method, DiscoveryMethod) else create_method(method,
-                                                                                        **(method_params or {}))
         self.refiner = refine if isinstance(refine, Refiner) else Refiner(mode=refine or default_refine())
         self.max_size = max_size or default_max_size()
         self.layer = self.backbone.spec.layer_index if layer is None else layer % self.backbone.num_layers

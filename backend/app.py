@@ -155,9 +155,9 @@ def factory_from_string(spec: str) -> Callable[[], PipelineLike]:
 def app_from_env() -> Starlette:
     """The app as configured by environment variables (used by ``autolabel serve`` workers).
 
-    AUTOLABEL_METHOD / AUTOLABEL_BACKBONE (and AUTOLABEL_REFINE, read by the pipeline) choose the default
-    pipeline; AUTOLABEL_PIPELINE_FACTORY ("module:function") replaces it with any zero-argument callable returning
-    a pipeline.
+    AUTOLABEL_METHOD / AUTOLABEL_BACKBONE (and AUTOLABEL_METHOD_PARAMS / AUTOLABEL_REFINE, read by the pipeline)
+    choose the default pipeline; AUTOLABEL_PIPELINE_FACTORY ("module:function") replaces it with any zero-argument
+    callable returning a pipeline.
     """
     method = os.environ.get(METHOD_ENV) or None
     backbone = os.environ.get(BACKBONE_ENV) or None

@@ -226,7 +226,7 @@ def test_parse_param(text: str, expected: tuple) -> None:
     assert parse_param(text) == expected
 
 
-def test_cli_method_parameters_reach_the_method(cli_backbone, tmp_path: Path) -> None:
+def test_cli_method_parameters_reach_the_method(cli_backbone, tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "imgs"
     write_tree(folder, {"a.jpg": good_files()["photo.jpg"]})
     out = tmp_path / "r.json"
@@ -234,6 +234,11 @@ def test_cli_method_parameters_reach_the_method(cli_backbone, tmp_path: Path) ->
     tuned = run_cli([str(folder), "-p", "tau=0.4", "--param", "keep=partition", "--out", str(out)])
     assert tuned.exit_code == 0, tuned.output
     assert model_version_line(tuned.output) != model_version_line(default.output)
+    monkeypatch.setenv("AUTOLABEL_METHOD_PARAMS", '{"tau": 0.4, "keep": "partition"}')
+    by_env = run_cli([str(folder), "--out", str(out)])
+    assert model_version_line(by_env.output) == model_version_line(tuned.output)
+    replaced = run_cli([str(folder), "-p", "tau=0.2", "--out", str(out)])  # -p replaces the environment's set
+    assert model_version_line(replaced.output) == model_version_line(default.output)
 
 
 @pytest.mark.parametrize("param, message", [
